@@ -133,16 +133,35 @@ class Registration:
 
 
 def _data_type_of(handler_class: type[JobHandler[Any]]) -> Any:
-    for klass in handler_class.__mro__:
-        for base in getattr(klass, "__orig_bases__", ()):
-            if get_origin(base) is JobHandler:
-                (data_type,) = get_args(base)
-                if not isinstance(data_type, TypeVar):
-                    return data_type
+    data_type = _bound_data_type(handler_class, {})
+    if data_type is not None and not isinstance(data_type, TypeVar):
+        return data_type
     raise ConfigurationError(
         f"cannot register {handler_class.__qualname__}: it does not name its data "
         "type; subclass JobHandler[YourDataType]"
     )
+
+
+def _bound_data_type(klass: type, bindings: dict[Any, Any]) -> Any:
+    """Return the argument ``klass`` passes to ``JobHandler``, or ``None``.
+
+    ``bindings`` maps the type variables of ``klass`` to the arguments its
+    subclass gave, so ``class H(Base[Report])`` over ``class Base(JobHandler[T])``
+    resolves to ``Report``.
+    """
+    # Read the class's own bases: __orig_bases__ is inherited as an attribute,
+    # and a plain subclass has none of its own.
+    for base in klass.__dict__.get("__orig_bases__", klass.__bases__):
+        origin = get_origin(base) or base
+        args = tuple(bindings.get(arg, arg) for arg in get_args(base))
+        if origin is JobHandler:
+            return args[0] if args else None
+        if isinstance(origin, type) and issubclass(origin, JobHandler):
+            parameters = getattr(origin, "__parameters__", ())
+            found = _bound_data_type(origin, dict(zip(parameters, args, strict=False)))
+            if found is not None:
+                return found
+    return None
 
 
 def _default_type_name(data_type: Any) -> str:
@@ -291,6 +310,9 @@ def _handler_classes(modules: list[types.ModuleType]) -> list[type[JobHandler[An
                 and value is not JobHandler
                 and value.__module__ == module.__name__
                 and not inspect.isabstract(value)
+                # A generic base such as JobHandler[T] subclassed later with a
+                # concrete type handles nothing by itself.
+                and not getattr(value, "__parameters__", ())
                 and "handle" in _defined_methods(value)
             ):
                 found.append(value)

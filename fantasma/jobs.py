@@ -7,7 +7,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NewType, Self, final
+from typing import NewType, Self, TypeVar, final
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 JobId = NewType("JobId", str)
+
+_R = TypeVar("_R")
 
 
 def new_job_id() -> JobId:
@@ -93,17 +95,25 @@ class Job:
         """Return a copy with the given fields changed."""
         # Faster than dataclasses.replace, which matters on the claim path
         # where every run copies its job several times.
-        unknown = changes.keys() - set(_JOB_FIELDS)
-        if unknown:
+        if not changes.keys() <= _JOB_FIELD_SET:
+            unknown = changes.keys() - _JOB_FIELD_SET
             raise TypeError(f"Job has no field {', '.join(sorted(unknown))}")
-        copy = object.__new__(type(self))
-        for name in _JOB_FIELDS:
-            value = changes[name] if name in changes else getattr(self, name)
-            object.__setattr__(copy, name, value)
-        return copy
+        return _copy_with(self, _JOB_FIELDS, changes)
+
+
+def _copy_with(record: _R, fields: tuple[str, ...], changes: dict[str, object]) -> _R:
+    """Copy a frozen slots dataclass field by field, then apply ``changes``."""
+    copy = object.__new__(type(record))
+    set_field = object.__setattr__
+    for name in fields:
+        set_field(copy, name, getattr(record, name))
+    for name, value in changes.items():
+        set_field(copy, name, value)
+    return copy
 
 
 _JOB_FIELDS = tuple(field.name for field in dataclasses.fields(Job))
+_JOB_FIELD_SET = frozenset(_JOB_FIELDS)
 
 
 @final
@@ -185,7 +195,15 @@ class RecurringJob:
 
     def replace(self, **changes: object) -> Self:
         """Return a copy with the given fields changed."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        if not changes.keys() <= _RECURRING_FIELD_SET:
+            # dataclasses.replace raises its usual error for the unknown field.
+            return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        # Storage advances a schedule on every occurrence, so this is a hot path.
+        return _copy_with(self, _RECURRING_FIELDS, changes)
+
+
+_RECURRING_FIELDS = tuple(field.name for field in dataclasses.fields(RecurringJob))
+_RECURRING_FIELD_SET = frozenset(_RECURRING_FIELDS)
 
 
 @final

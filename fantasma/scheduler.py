@@ -142,6 +142,10 @@ class Fantasma:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._started = False
+        # Set while stop() waits for running jobs: the node claims nothing
+        # more, but handlers finishing within the grace period may still
+        # schedule follow-up jobs.
+        self._stopping = False
         self._next_lease_extension: datetime | None = None
         self._coordinator = Coordinator(
             node_id=self._node_id,
@@ -266,8 +270,10 @@ class Fantasma:
             StorageError: The job could not be stored.
         """
         self._require_started("schedule")
-        registration = self._registry.for_data(data, data_type)
+        # Encode first: data of a type no handler could ever take (a set, an
+        # arbitrary object) is reported as such, not as a missing handler.
         payload = serialization.encode(data)
+        registration = self._registry.for_data(data, data_type)
         if isinstance(trigger, RecurringTrigger):
             await self._put_recurring(name, trigger, registration, payload)
             return trigger.recurring_id
@@ -296,10 +302,9 @@ class Fantasma:
                     "schedule_many takes one-off triggers only; schedule recurring "
                     "jobs one by one with schedule()"
                 )
+            payload = serialization.encode(data)
             registration = self._registry.for_data(data, data_type)
-            batch.append(
-                self._new_job(name, registration, serialization.encode(data), trigger)
-            )
+            batch.append(self._new_job(name, registration, payload, trigger))
         if not batch:
             return []
         ids = await self._storage.add_jobs(batch)
@@ -511,17 +516,22 @@ class Fantasma:
         """Stop claiming jobs, wait for running ones, release leadership, disconnect.
 
         Jobs still running after the shutdown grace period are cancelled and
-        become due again, so the next start runs them.
+        become due again, so the next start runs them. While stop() waits, running
+        handlers may still schedule follow-up jobs.
         """
-        if not self._started:
+        if not self._started or self._stopping:
             return
-        self._started = False
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
-        await self._executor.shutdown(self._shutdown_grace.total_seconds())
+        self._stopping = True
+        try:
+            if self._loop_task is not None:
+                self._loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop_task
+                self._loop_task = None
+            await self._executor.shutdown(self._shutdown_grace.total_seconds())
+        finally:
+            self._started = False
+            self._stopping = False
         try:
             await self._coordinator.release()
         except FantasmaError:
@@ -543,6 +553,10 @@ class Fantasma:
         run when this returns.
         """
         self._require_started("run_pending")
+        if self._stopping:
+            raise ConfigurationError(
+                "cannot call run_pending() while the scheduler is stopping"
+            )
         while True:
             duties_due = await self._coordinator.tick()
             claimed = await self._worker.dispatch_due()

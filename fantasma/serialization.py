@@ -136,8 +136,22 @@ def _field_types(data_type: type) -> dict[str, Any]:
     return get_type_hints(data_type)
 
 
+@cache
+def _computed_fields(data_type: type) -> frozenset[str]:
+    # Fields declared with init=False are encoded, but the class sets them
+    # itself, so its constructor does not accept them back.
+    return frozenset(f.name for f in dataclasses.fields(data_type) if not f.init)
+
+
+_PLAIN_JSON_TYPES = frozenset({str, int, float, bool})
+
+
 def _from_json(raw: object, hint: Any) -> object:
     if hint is Any or hint is object or raw is None:
+        return raw
+    # A JSON scalar that already has the declared type needs no conversion;
+    # checking that first keeps decoding cheap for the common flat dataclass.
+    if type(raw) is hint and hint in _PLAIN_JSON_TYPES:
         return raw
     origin = get_origin(hint)
     if origin is typing.Union or origin is types.UnionType:
@@ -156,10 +170,12 @@ def _from_json(raw: object, hint: Any) -> object:
     if dataclasses.is_dataclass(hint):
         fields = _as_dict(raw)
         hints = _field_types(hint)
+        computed = _computed_fields(hint)
         return hint(
             **{
                 name: _from_json(item, hints.get(name, Any))
                 for name, item in fields.items()
+                if name not in computed
             }
         )
     if is_typeddict(hint):

@@ -1,0 +1,1 @@
+"""A subpackage, which registration of the parent package searches too."""

@@ -111,8 +111,9 @@ class StorageError(FantasmaError):
 class StorageUnavailableError(StorageError):
     """The database cannot be reached, or the connection dropped mid-operation.
 
-    The operation did not take effect; retrying it once the database is back is
-    safe.
+    The operation most likely did not take effect. A connection lost during
+    the commit itself leaves that unknown, so check the state (for example
+    with ``get_job``) before repeating a write.
     """
 
 

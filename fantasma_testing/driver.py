@@ -9,12 +9,16 @@ from datetime import datetime
 from fantasma import Fantasma
 from fantasma_testing.clock import FakeClock
 
-__all__ = ["SimulationStalledError", "advance"]
+__all__ = ["SimulationError", "SimulationStalledError", "advance"]
 
 _MAX_PASSES_AT_ONE_INSTANT = 10_000
 
 
-class SimulationStalledError(RuntimeError):
+class SimulationError(RuntimeError):
+    """A simulation was used in a way it cannot run."""
+
+
+class SimulationStalledError(SimulationError):
     """The nodes kept asking to act again without the clock moving."""
 
 
@@ -32,7 +36,7 @@ async def advance(
     A pass that leaves work due at the same instant (a handler scheduled a
     job for now, a finished occurrence unblocked the next) is followed by
     another pass before the clock moves. With ``rng``, the nodes act in an
-    order drawn from it at each instant; otherwise in the given order.
+    order drawn from it at each pass; otherwise in the given order.
 
     Raises:
         ValueError: ``target`` is before the clock's current time.
@@ -47,7 +51,7 @@ async def advance(
     passes_at_instant = 0
     while True:
         order = list(nodes)
-        if rng is not None:
+        if rng is not None and len(order) > 1:
             rng.shuffle(order)
         wake = target
         has_wake = False

@@ -134,6 +134,14 @@ def load_app(spec: str) -> Fantasma:
             f"invalid application {spec!r}: expected 'module:attribute',"
             " for example 'myservice.jobs:app'"
         )
+    if module_name.endswith(".py"):
+        # Checked before importing: import_module("jobs.py") would run jobs.py
+        # and only then fail to find a submodule named "py".
+        raise ConfigurationError(
+            f"invalid application {spec!r}: name the module, not the file,"
+            f" for example '{module_name.removesuffix('.py').replace('/', '.')}"
+            f":{attribute}'"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -284,6 +292,11 @@ def _check_sqlite_file_exists(url: str) -> None:
         return  # the storage reports the malformed URL
     if not parsed.drivername.startswith("sqlite") or not parsed.database:
         return
+    if parsed.database == ":memory:":
+        raise ConfigurationError(
+            "an in-memory SQLite database is empty in every new process, so there"
+            " are no jobs to list: pass the URL of the SQLite file the app uses"
+        )
     if not Path(parsed.database).is_file():
         raise ConfigurationError(
             f"SQLite database file {parsed.database!r} does not exist: check the"
@@ -489,6 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr
+    )
+    # Alembic reports its migration context at INFO on every start, which is
+    # noise next to the scheduler's own start and stop lines.
+    logging.getLogger("alembic").setLevel(
+        max(logging.WARNING, logging.getLogger().level)
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

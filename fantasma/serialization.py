@@ -128,7 +128,11 @@ def _to_json(value: object) -> object:
         return str(value)
     if _PydanticModel is not None and isinstance(value, _PydanticModel):
         return value.model_dump(mode="json")
-    raise TypeError(f"{_type_name(type(value))} is not JSON serialisable")
+    raise TypeError(
+        f"{_type_name(type(value))} is not JSON serialisable; use str, int, float,"
+        " bool, None, list, dict, a dataclass, an enum, datetime, date, time,"
+        " timedelta, UUID or Decimal"
+    )
 
 
 @cache

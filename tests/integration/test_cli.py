@@ -203,6 +203,12 @@ BAD_INPUT = [
         id="run-without-attribute",
     ),
     pytest.param(
+        ["run", "tests/integration/sample_app.py:app"],
+        "invalid application 'tests/integration/sample_app.py:app': name the"
+        " module, not the file, for example 'tests.integration.sample_app:app'",
+        id="run-file-name",
+    ),
+    pytest.param(
         ["run", "tests.integration.no_such_module:app"],
         "cannot import module 'tests.integration.no_such_module': no module named"
         " 'tests.integration.no_such_module'; check the name, and run fantasma"
@@ -241,6 +247,12 @@ BAD_INPUT = [
         "memory:// storage lives inside the process that uses it, so there are no"
         " jobs to list here: pass the database URL of the application",
         id="jobs-memory-url",
+    ),
+    pytest.param(
+        ["jobs", "sqlite+aiosqlite:///:memory:"],
+        "an in-memory SQLite database is empty in every new process, so there"
+        " are no jobs to list: pass the URL of the SQLite file the app uses",
+        id="jobs-in-memory-sqlite",
     ),
     pytest.param(
         ["jobs", UNREACHABLE_POSTGRES],

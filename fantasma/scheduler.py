@@ -147,6 +147,12 @@ class Fantasma:
         # schedule follow-up jobs.
         self._stopping = False
         self._next_lease_extension: datetime | None = None
+        # When the cluster duties are next due, and the time they last ran;
+        # passes in between skip them (see run_pending). The flag records a
+        # request to run them that came while they were running.
+        self._duties_due: datetime | None = None
+        self._duties_checked_at: datetime | None = None
+        self._duties_requested = False
         self._coordinator = Coordinator(
             node_id=self._node_id,
             storage=self._storage,
@@ -164,6 +170,10 @@ class Fantasma:
             job_lease=job_lease,
             rng=random.Random(seed),
             on_run=self._report_run,
+            # Only the executor built here is known to run jobs concurrently
+            # with the loop, which is when waiting jobs save claims.
+            prefetch=4 * concurrency if executor is None else 0,
+            wake=self._wake.set,
         )
         self._executor.add_slot_listener(self._wake.set)
         self._storage.add_listener(self._wake.set)
@@ -198,7 +208,7 @@ class Fantasma:
     @property
     def running_job_ids(self) -> set[JobId]:
         """Ids of the jobs this node is executing now."""
-        return set(self._worker.running)
+        return self._worker.executing
 
     # Handlers
 
@@ -225,6 +235,7 @@ class Fantasma:
             callback(run)
         if run.recurring_id is not None:
             # The schedule's next occurrence may have been waiting for this one.
+            self._make_duties_due()
             self._wake.set()
 
     # Scheduling
@@ -420,6 +431,8 @@ class Fantasma:
             recurring.timezone,
             recurring.next_fire_at.isoformat(),
         )
+        # The leader reads schedules in its cluster duties, due at once now.
+        self._make_duties_due()
         self._wake.set()
 
     async def remove_recurring_job(self, recurring_id: str) -> bool:
@@ -516,8 +529,10 @@ class Fantasma:
         """Stop claiming jobs, wait for running ones, release leadership, disconnect.
 
         Jobs still running after the shutdown grace period are cancelled and
-        become due again, so the next start runs them. While stop() waits, running
-        handlers may still schedule follow-up jobs.
+        become due again, so the next start runs them. Jobs this node claimed
+        ahead of a free executor slot run within the same grace period, or
+        become due again. While stop() waits, running handlers may still
+        schedule follow-up jobs.
         """
         if not self._started or self._stopping:
             return
@@ -528,16 +543,33 @@ class Fantasma:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._loop_task
                 self._loop_task = None
-            await self._executor.shutdown(self._shutdown_grace.total_seconds())
+            await self._finish_claimed_jobs()
         finally:
             self._started = False
             self._stopping = False
+            self._duties_due = None
         try:
             await self._coordinator.release()
         except FantasmaError:
             logger.exception("node %s could not release its lease", self._node_id)
         await self._close_storage()
         logger.info("scheduler node %s stopped", self._node_id)
+
+    async def _finish_claimed_jobs(self) -> None:
+        """Run the jobs this node claimed, within the shutdown grace period.
+
+        Jobs claimed ahead of a free executor slot start as slots free up.
+        Those still waiting when the grace period ends are handed back to
+        storage, due at once.
+        """
+        grace = self._shutdown_grace
+        deadline = self._clock.now() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._worker.run_waiting(), grace.total_seconds())
+        remaining = max(timedelta(0), deadline - self._clock.now())
+        await self._executor.shutdown(remaining.total_seconds())
+        await self._worker.release_waiting()
+        await self._worker.close()
 
     async def _close_storage(self) -> None:
         if self._owns_storage:
@@ -551,6 +583,12 @@ class Fantasma:
         executor has free slots. With an executor that runs jobs to
         completion inside ``submit``, everything due at the current time has
         run when this returns.
+
+        Passes before the time the duties returned skip them, which saves
+        the leader from reading every schedule on each pass. A schedule
+        stored by this node, or the end of a recurring run here, makes them
+        due at once. The leader reads schedules that other nodes changed at
+        its next heartbeat at the latest.
         """
         self._require_started("run_pending")
         if self._stopping:
@@ -558,12 +596,20 @@ class Fantasma:
                 "cannot call run_pending() while the scheduler is stopping"
             )
         while True:
-            duties_due = await self._coordinator.tick()
+            now = self._clock.now()
+            if self._duties_are_due(now):
+                self._duties_checked_at = now
+                self._duties_requested = False
+                due = await self._coordinator.tick()
+                # A run that ended during the tick may have unblocked a
+                # schedule that the tick read before, so that request stands.
+                self._duties_due = None if self._duties_requested else due
             claimed = await self._worker.dispatch_due()
             if not claimed or self._executor.free_slots() <= 0:
                 break
-        wake = duties_due
         now = self._clock.now()
+        # None when a recurring run ended during this pass: due at once.
+        wake = now if self._duties_due is None else self._duties_due
         if self._worker.running:
             if self._next_lease_extension is None:
                 self._next_lease_extension = now + self._job_lease / 3
@@ -573,11 +619,23 @@ class Fantasma:
             wake = min(wake, self._next_lease_extension)
         else:
             self._next_lease_extension = None
-        if self._executor.free_slots() > 0:
+        if self._executor.free_slots() > 0 and not self._worker.may_have_due:
             next_job = await self._storage.next_due_at()
             if next_job is not None:
                 wake = min(wake, next_job)
         return wake
+
+    def _make_duties_due(self) -> None:
+        self._duties_due = None
+        self._duties_requested = True
+
+    def _duties_are_due(self, now: datetime) -> bool:
+        due, checked_at = self._duties_due, self._duties_checked_at
+        if due is None or checked_at is None:
+            return True
+        # A clock set back since the last check cannot wait for a due time
+        # computed before the jump.
+        return now >= due or now < checked_at
 
     async def _run_loop(self) -> None:
         consecutive_errors = 0
@@ -585,6 +643,11 @@ class Fantasma:
             self._wake.clear()
             now = self._clock.now()
             try:
+                if self._duties_are_due(now):
+                    # Jobs that fell due start before the cluster duties,
+                    # which can take several storage round trips. An every-
+                    # second job falls due as the leader enqueues the next.
+                    await self._worker.dispatch_due()
                 wake = await self.run_pending()
                 consecutive_errors = 0
             except Exception as exc:

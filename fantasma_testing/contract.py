@@ -914,6 +914,83 @@ class StorageContract:
         assert finished is False
         assert await storage.get_job(job.id) == requeued
 
+    async def test_finish_batch_records_success(self, storage: Storage) -> None:
+        jobs = [make_job(due_at=NOW + index * SECOND) for index in range(3)]
+        await storage.add_jobs(jobs)
+        claimed = [await _claim_one(storage, job) for job in jobs]
+        finished_at = NOW + 5 * SECOND
+
+        finished = await storage.finish_jobs(
+            _ids(claimed), node_id=_NODE_A, now=finished_at, status=JobStatus.SUCCEEDED
+        )
+
+        assert finished == set(_ids(jobs))
+        for job in claimed:
+            stored = await _get(storage, job.id)
+            assert stored.status is JobStatus.SUCCEEDED, job.id
+            assert stored.finished_at == finished_at, job.id
+            assert stored.lease_owner is None, job.id
+            assert stored.lease_expires_at is None, job.id
+            assert stored.last_error is None, job.id
+            assert stored.attempts == 1, job.id
+
+    async def test_finish_batch_records_dead_error(self, storage: Storage) -> None:
+        job = await _add_running(storage)
+
+        finished = await storage.finish_jobs(
+            [job.id],
+            node_id=_NODE_A,
+            now=NOW + SECOND,
+            status=JobStatus.DEAD,
+            error="RuntimeError: out of attempts",
+        )
+
+        stored = await _get(storage, job.id)
+        assert finished == {job.id}
+        assert stored.status is JobStatus.DEAD
+        assert stored.last_error == "RuntimeError: out of attempts"
+
+    async def test_finish_batch_skips_unowned(self, storage: Storage) -> None:
+        """Only the caller's running jobs finish; the rest stay as they were."""
+        owned = await _add_running(storage, due_at=NOW)
+        other = make_job(due_at=NOW + SECOND)
+        await storage.add_jobs([other])
+        others = await _claim_one(storage, other, node_id=_NODE_B)
+        waiting = await _add_in_status(
+            storage, JobStatus.SCHEDULED, due_at=NOW + 2 * _HOUR
+        )
+        missing = new_job_id()
+
+        finished = await storage.finish_jobs(
+            [others.id, owned.id, waiting.id, missing],
+            node_id=_NODE_A,
+            now=NOW + SECOND,
+            status=JobStatus.SUCCEEDED,
+        )
+
+        assert finished == {owned.id}
+        assert (await _get(storage, owned.id)).status is JobStatus.SUCCEEDED
+        assert await storage.get_job(others.id) == others
+        assert await storage.get_job(waiting.id) == waiting
+        assert await storage.get_job(missing) is None
+
+    async def test_finish_batch_empty(self, storage: Storage) -> None:
+        finished = await storage.finish_jobs(
+            [], node_id=_NODE_A, now=NOW, status=JobStatus.SUCCEEDED
+        )
+
+        assert finished == set()
+
+    async def test_finish_batch_repeated_id(self, storage: Storage) -> None:
+        job = await _add_running(storage)
+
+        finished = await storage.finish_jobs(
+            [job.id, job.id], node_id=_NODE_A, now=NOW, status=JobStatus.SUCCEEDED
+        )
+
+        assert finished == {job.id}
+        assert (await _get(storage, job.id)).status is JobStatus.SUCCEEDED
+
     # Retrying jobs
 
     async def test_retry_sets_failed_state(self, storage: Storage) -> None:

@@ -122,6 +122,36 @@ class Storage(abc.ABC):
         running under this node's lease.
         """
 
+    async def finish_jobs(
+        self,
+        job_ids: Collection[JobId],
+        *,
+        node_id: str,
+        now: datetime,
+        status: JobStatus,
+        error: str | None = None,
+    ) -> set[JobId]:
+        """Record the end of several running jobs owned by ``node_id`` at once.
+
+        Each job changes as :meth:`finish_job` describes, with the same
+        ``now``, ``status`` and ``error``. Returns the ids that were finished;
+        a job missing from the result was no longer running under this
+        node's lease and is left unchanged. Unlike the other methods, the
+        batch is not atomic as a whole: each job is finished or not on its
+        own.
+
+        The default calls :meth:`finish_job` once per job. SQL backends
+        override it with one statement for the whole batch, which is what
+        lets a worker record many outcomes in one round trip.
+        """
+        finished: set[JobId] = set()
+        for job_id in job_ids:
+            if await self.finish_job(
+                job_id, node_id=node_id, now=now, status=status, error=error
+            ):
+                finished.add(job_id)
+        return finished
+
     @abc.abstractmethod
     async def retry_job(
         self,

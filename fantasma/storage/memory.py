@@ -106,7 +106,9 @@ class MemoryStorage(Storage):
         ids = {job.id for job in jobs}
         if len(ids) != len(jobs):
             raise StorageError("cannot add jobs: the batch contains the same id twice")
-        clash = ids.intersection(self._jobs)
+        # Only the batch is looped over: set.intersection(dict) would walk
+        # every stored job.
+        clash = {job_id for job_id in ids if job_id in self._jobs}
         if clash:
             raise StorageError(
                 f"cannot add job {min(clash)!r}: a job with this id exists"

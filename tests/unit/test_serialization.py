@@ -284,15 +284,17 @@ async def _rejection(data: object) -> tuple[SerializationError, list[object]]:
         pytest.param(
             Blob(b"\x00"),
             f"cannot serialise job data of type {__name__}.Blob: bytes is not "
-            "JSON serialisable; use str, int, float, bool, None, list, dict, a dataclass, an "
-            "enum, datetime, date, time, timedelta, UUID or Decimal",
+            "JSON serialisable; use str, int, float, bool, None, list, dict, "
+            "a dataclass, an enum, datetime, date, time, timedelta, UUID or "
+            "Decimal",
             id="bytes-field",
         ),
         pytest.param(
             Labels({"a"}),
             f"cannot serialise job data of type {__name__}.Labels: set is not "
-            "JSON serialisable; use str, int, float, bool, None, list, dict, a dataclass, an "
-            "enum, datetime, date, time, timedelta, UUID or Decimal",
+            "JSON serialisable; use str, int, float, bool, None, list, dict, "
+            "a dataclass, an enum, datetime, date, time, timedelta, UUID or "
+            "Decimal",
             id="set-field",
         ),
         pytest.param(

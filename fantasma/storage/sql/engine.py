@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from fantasma.errors import ConfigurationError, StorageUnavailableError
 
@@ -179,17 +179,44 @@ def create_engine(url: URL, **engine_options: Any) -> AsyncEngine:
     ``engine_options`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine`
     and override fantasma's defaults.
     """
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    # A pooled SQLite connection is a file handle, which no server can
+    # close, so only server connections are checked before use. On SQLite
+    # the check cost three calls to the connection's thread per operation.
+    options: dict[str, Any] = {"pool_pre_ping": not url.drivername.startswith("sqlite")}
     if url.drivername.startswith(("mysql", "mariadb")):
         # REPEATABLE READ, InnoDB's default, takes gap locks on the claim
         # query's index range, which would block concurrent inserts of new
         # jobs until the claim commits.
         options["isolation_level"] = "READ COMMITTED"
     options.update(engine_options)
+    # SQLAlchemy's asyncpg pre-ping wraps its query in BEGIN and ROLLBACK,
+    # three round trips on every checkout. A one-statement ping on checkout
+    # checks the connection as well, in one.
+    ping_postgres = url.drivername.startswith("postgresql") and bool(
+        options.get("pool_pre_ping")
+    )
+    if ping_postgres:
+        options["pool_pre_ping"] = False
     engine = create_async_engine(url, **options)
+    if ping_postgres:
+        event.listen(engine.sync_engine, "checkout", _ping_postgres_connection)
     if url.drivername.startswith("sqlite"):
         install_sqlite_hooks(engine)
     return engine
+
+
+def _ping_postgres_connection(
+    dbapi_connection: Any,
+    connection_record: ConnectionPoolEntry,
+    connection_proxy: PoolProxiedConnection,
+) -> None:
+    try:
+        dbapi_connection.run_async(lambda driver: driver.execute("SELECT 1"))
+    except Exception as exc:
+        # The pool replaces the connection and checks out again.
+        raise DisconnectionError(
+            f"pooled PostgreSQL connection failed its ping: {exc}"
+        ) from exc
 
 
 def install_sqlite_hooks(engine: AsyncEngine) -> None:

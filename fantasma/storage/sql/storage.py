@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import operator
@@ -42,6 +43,7 @@ from fantasma.jobs import (
     RecurringJob,
 )
 from fantasma.storage.base import Storage
+from fantasma.storage.sql import hot_path
 from fantasma.storage.sql.engine import (
     SQLITE_BEGIN_OPTION,
     Backend,
@@ -74,6 +76,9 @@ from fantasma.storage.sql.schema import (
 )
 
 if TYPE_CHECKING:
+    import aiosqlite
+    import asyncpg
+
     from fantasma.storage.sql.notify import PostgresListener
 
 __all__ = ["SqlStorage"]
@@ -120,8 +125,9 @@ class SqlStorage(Storage):
             ``False``, :meth:`start` only checks that they are current.
         **engine_options: Passed to
             :func:`~sqlalchemy.ext.asyncio.create_async_engine`, overriding
-            fantasma's defaults (``pool_pre_ping=True``, and READ COMMITTED
-            isolation on MariaDB/MySQL). Not allowed with an engine.
+            fantasma's defaults (``pool_pre_ping=True`` on PostgreSQL and
+            MariaDB/MySQL, and READ COMMITTED isolation on MariaDB/MySQL).
+            Not allowed with an engine.
 
     Raises:
         ConfigurationError: The URL, driver, prefix or schema is not supported.
@@ -173,7 +179,12 @@ class SqlStorage(Storage):
         self._schema = schema
         self._migrate = migrate
         self._channel = channel_name(table_prefix, schema)
+        # The quoted, schema-qualified jobs table, for the asyncpg statements.
+        self._jobs_table_sql = self._engine.dialect.identifier_preparer.format_table(
+            self._tables.jobs
+        )
         self._callbacks: list[Callable[[], None]] = []
+        self._sqlite_writes = asyncio.Lock()
         self._listener: PostgresListener | None = None
         self._started = False
 
@@ -270,15 +281,25 @@ class SqlStorage(Storage):
 
     @contextlib.asynccontextmanager
     async def _transaction(
-        self, operation: str, *, write: bool
+        self, operation: str, *, write: bool, single_statement: bool = False
     ) -> AsyncIterator[AsyncConnection]:
         """Run the block in one transaction, translating driver errors.
+
+        With ``single_statement=True`` the caller promises that the block
+        runs one statement on PostgreSQL, which then runs in autocommit mode.
+        A lone statement is atomic by itself, and autocommit saves the BEGIN
+        and COMMIT round trips.
 
         NOTE: a connection lost during COMMIT raises StorageUnavailableError
         even though the server may have committed the transaction.
         """
         try:
-            async with self._engine.connect() as connection:
+            async with (
+                self._write_lock(write),
+                self._engine.connect() as connection,
+            ):
+                if single_statement and self._backend is Backend.POSTGRESQL:
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
                 if write and self._backend is Backend.SQLITE:
                     # Taking the write lock at BEGIN makes concurrent writers
                     # queue on the busy timeout. A deferred transaction that
@@ -294,6 +315,18 @@ class SqlStorage(Storage):
             raise translate_error(
                 exc, operation=operation, target=self._target
             ) from exc
+
+    def _write_lock(self, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Return the lock that queues this process's SQLite writers, if needed.
+
+        SQLite's busy handler retries a locked database after sleeps of 1 ms
+        and longer, so writers of one process wait for each other here,
+        where the next one starts as soon as the previous one commits.
+        Writers in other processes still queue on the busy timeout.
+        """
+        if write and self._backend is Backend.SQLITE:
+            return self._sqlite_writes
+        return contextlib.nullcontext()
 
     async def _send_notification(self, connection: AsyncConnection) -> None:
         """Queue a NOTIFY that PostgreSQL delivers when the transaction commits."""
@@ -315,10 +348,29 @@ class SqlStorage(Storage):
             raise StorageError("cannot add jobs: the batch contains the same id twice")
         for job in jobs:
             _check_aware(job)
-        if self._backend is Backend.POSTGRESQL and not any(
+        keyed = any(
             job.recurring_id is not None and job.fire_time is not None for job in jobs
-        ):
-            await self._copy_jobs(jobs)
+        )
+        if self._backend is Backend.SQLITE and len(jobs) == 1 and not keyed:
+            # One call to the connection's thread in place of Core's several.
+            async with self._sqlite_write("add_jobs") as driver:
+                await driver.execute_fetchall(
+                    hot_path.sqlite_insert_one(self._jobs_table_sql),
+                    hot_path.sqlite_job_values(jobs[0]),
+                )
+            self._notify_local()
+            return list(ids)
+        if self._backend is Backend.POSTGRESQL and not keyed:
+            if len(jobs) == 1:
+                # One statement beats COPY's several round trips for one row.
+                async with self._asyncpg_connection("add_jobs") as driver:
+                    await driver.execute(
+                        hot_path.postgres_insert_one(self._jobs_table_sql),
+                        *_job_values(jobs[0]),
+                        self._channel,
+                    )
+            else:
+                await self._copy_jobs(jobs)
             return list(ids)
         async with self._transaction("add_jobs", write=True) as connection:
             inserted = await self._insert_jobs(connection, jobs)
@@ -338,23 +390,37 @@ class SqlStorage(Storage):
         """
         records = [_job_values(job) for job in jobs]
         table = self._tables.jobs
+        async with (
+            self._asyncpg_connection("add_jobs") as driver,
+            driver.transaction(),
+        ):
+            await driver.copy_records_to_table(
+                table.name,
+                records=records,
+                columns=JOB_COLUMNS,
+                schema_name=self._schema,
+            )
+            await driver.execute("SELECT pg_notify($1, '')", self._channel)
+
+    @contextlib.asynccontextmanager
+    async def _asyncpg_connection(
+        self, operation: str
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """Yield the asyncpg connection under a pooled one, translating driver errors.
+
+        Statements on it run outside SQLAlchemy, each in a transaction of
+        its own unless the block opens one.
+        """
         try:
             async with self._engine.connect() as connection:
                 raw = await connection.get_raw_connection()
                 driver = raw.driver_connection
                 if driver is None:
                     raise StorageError(
-                        "add_jobs failed: the pooled connection is closed"
+                        f"{operation} failed: the pooled connection is closed"
                     )
                 try:
-                    async with driver.transaction():
-                        await driver.copy_records_to_table(
-                            table.name,
-                            records=records,
-                            columns=JOB_COLUMNS,
-                            schema_name=self._schema,
-                        )
-                        await driver.execute("SELECT pg_notify($1, '')", self._channel)
+                    yield driver
                 except DRIVER_ERRORS:
                     if driver.is_closed():
                         # The pool cannot see errors raised outside
@@ -365,7 +431,42 @@ class SqlStorage(Storage):
             raise
         except DRIVER_ERRORS as exc:
             raise translate_error(
-                exc, operation="add_jobs", target=self._target
+                exc, operation=operation, target=self._target
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _sqlite_write(
+        self, operation: str
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """Yield the aiosqlite connection under a pooled one, in a write transaction.
+
+        The block runs between BEGIN IMMEDIATE and COMMIT, each one call to
+        the connection's thread, and is rolled back if it raises. Driver
+        errors are translated as in :meth:`_transaction`.
+        """
+        try:
+            async with (
+                self._write_lock(write=True),
+                self._engine.connect() as connection,
+            ):
+                raw = await connection.get_raw_connection()
+                driver = raw.driver_connection
+                if driver is None:
+                    raise StorageError(
+                        f"{operation} failed: the pooled connection is closed"
+                    )
+                await driver.execute_fetchall("BEGIN IMMEDIATE")
+                try:
+                    yield driver
+                except BaseException:
+                    await driver.rollback()
+                    raise
+                await driver.commit()
+        except FantasmaError:
+            raise
+        except DRIVER_ERRORS as exc:
+            raise translate_error(
+                exc, operation=operation, target=self._target
             ) from exc
 
     async def _insert_jobs(
@@ -518,6 +619,32 @@ class SqlStorage(Storage):
     ) -> list[Job]:
         if limit <= 0:
             return []
+        if self._backend is Backend.POSTGRESQL:
+            async with self._asyncpg_connection("claim_jobs") as driver:
+                records = await driver.fetch(
+                    hot_path.postgres_claim(self._jobs_table_sql, limit),
+                    node_id,
+                    _aware(lease_until, "claim_jobs"),
+                    _aware(now, "claim_jobs"),
+                )
+            records.sort(key=lambda record: (record["due_at"], record["seq"]))
+            return [hot_path.job_from_postgres(record) for record in records]
+        if self._backend is Backend.SQLITE:
+            async with self._sqlite_write("claim_jobs") as driver:
+                claimed_rows = await driver.execute_fetchall(
+                    hot_path.sqlite_claim(self._jobs_table_sql, limit),
+                    (
+                        node_id,
+                        _sqlite_time(lease_until, "claim_jobs"),
+                        _sqlite_time(now, "claim_jobs"),
+                    ),
+                )
+            # A claimed row starts with seq, the tie-breaker of the order.
+            claimed = sorted(
+                ((row[0], hot_path.job_from_sqlite(row)) for row in claimed_rows),
+                key=lambda pair: (pair[1].due_at, pair[0]),
+            )
+            return [job for _, job in claimed]
         table = self._tables.jobs
         values = {
             "status": JobStatus.RUNNING.value,
@@ -526,7 +653,9 @@ class SqlStorage(Storage):
             "started_at": now,
             "attempts": table.c.attempts + 1,
         }
-        async with self._transaction("claim_jobs", write=True) as connection:
+        async with self._transaction(
+            "claim_jobs", write=True, single_statement=True
+        ) as connection:
             candidates: Select[Any] | list[int]
             if self._backend is Backend.MYSQL:
                 candidates = await self._lock_claimable_mysql(connection, now, limit)
@@ -651,6 +780,9 @@ class SqlStorage(Storage):
         extended: set[JobId] = set()
         async with self._transaction("extend_job_leases", write=True) as connection:
             for chunk in _chunks(list(job_ids), _IN_LIST_CHUNK):
+                # Locking in seq order, as finish_jobs does, keeps the two
+                # from deadlocking over the same running jobs (within one
+                # chunk, so up to _IN_LIST_CHUNK jobs).
                 candidates = (
                     select(table.c.seq)
                     .where(
@@ -658,6 +790,7 @@ class SqlStorage(Storage):
                         table.c.status == JobStatus.RUNNING.value,
                         table.c.lease_owner == node_id,
                     )
+                    .order_by(table.c.seq)
                     .with_for_update()
                 )
                 rows = await self._update_returning(
@@ -675,21 +808,112 @@ class SqlStorage(Storage):
         status: JobStatus,
         error: str | None = None,
     ) -> bool:
-        if status not in (JobStatus.SUCCEEDED, JobStatus.DEAD):
-            raise ValueError(f"finish_job takes succeeded or dead, got {status!r}")
-        values: dict[str, Any] = {
-            "status": status.value,
-            "finished_at": now,
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
-        if error is not None:
-            values["last_error"] = error
-        async with self._transaction("finish_job", write=True) as connection:
+        values = _finished_values("finish_job", now, status, error)
+        if self._backend is Backend.POSTGRESQL:
+            finished = await self._finish_postgres(
+                "finish_job", [job_id], node_id, now, status, error
+            )
+            return bool(finished)
+        if self._backend is Backend.SQLITE:
+            finished = await self._finish_sqlite(
+                "finish_job", [job_id], node_id, now, status, error
+            )
+            return bool(finished)
+        async with self._transaction(
+            "finish_job", write=True, single_statement=True
+        ) as connection:
             result = await connection.execute(
                 self._owned_update(job_id, node_id, values)
             )
         return result.rowcount == 1
+
+    async def finish_jobs(
+        self,
+        job_ids: Collection[JobId],
+        *,
+        node_id: str,
+        now: datetime,
+        status: JobStatus,
+        error: str | None = None,
+    ) -> set[JobId]:
+        values = _finished_values("finish_jobs", now, status, error)
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return set()
+        if self._backend is Backend.POSTGRESQL:
+            return await self._finish_postgres(
+                "finish_jobs", ids, node_id, now, status, error
+            )
+        if self._backend is Backend.SQLITE:
+            return await self._finish_sqlite(
+                "finish_jobs", ids, node_id, now, status, error
+            )
+        table = self._tables.jobs
+        finished: set[JobId] = set()
+        async with self._transaction("finish_jobs", write=True) as connection:
+            for chunk in _chunks(ids, _IN_LIST_CHUNK):
+                # No UPDATE ... RETURNING on MariaDB: the rows are locked and
+                # read first, in seq order so that two batches over the same
+                # jobs cannot deadlock, and only those are updated.
+                owned = (
+                    select(table.c.seq, table.c.id)
+                    .where(
+                        table.c.id.in_(chunk),
+                        table.c.status == JobStatus.RUNNING.value,
+                        table.c.lease_owner == node_id,
+                    )
+                    .order_by(table.c.seq)
+                    .with_for_update()
+                )
+                rows = (await connection.execute(owned)).all()
+                if rows:
+                    await connection.execute(
+                        update(table)
+                        .where(table.c.seq.in_([row.seq for row in rows]))
+                        .values(values)
+                    )
+                finished.update(JobId(row.id) for row in rows)
+        return finished
+
+    async def _finish_postgres(
+        self,
+        operation: str,
+        job_ids: list[JobId],
+        node_id: str,
+        now: datetime,
+        status: JobStatus,
+        error: str | None,
+    ) -> set[JobId]:
+        async with self._asyncpg_connection(operation) as driver:
+            records = await driver.fetch(
+                hot_path.postgres_finish(self._jobs_table_sql),
+                status.value,
+                _aware(now, operation),
+                error,
+                job_ids,
+                node_id,
+            )
+        return {JobId(record["id"]) for record in records}
+
+    async def _finish_sqlite(
+        self,
+        operation: str,
+        job_ids: list[JobId],
+        node_id: str,
+        now: datetime,
+        status: JobStatus,
+        error: str | None,
+    ) -> set[JobId]:
+        finished: set[JobId] = set()
+        finished_at = _sqlite_time(now, operation)
+        async with self._sqlite_write(operation) as driver:
+            for chunk in _chunks(job_ids, _IN_LIST_CHUNK):
+                rows = await driver.execute_fetchall(
+                    hot_path.sqlite_finish(self._jobs_table_sql, len(chunk)),
+                    (status.value, finished_at, error, node_id, *chunk),
+                )
+                finished.update(JobId(row[0]) for row in rows)
+        return finished
 
     async def retry_job(
         self,
@@ -765,7 +989,9 @@ class SqlStorage(Storage):
     async def next_due_at(self) -> datetime | None:
         table = self._tables.jobs
         query = select(func.min(table.c.due_at)).where(CLAIMABLE_WHERE)
-        async with self._transaction("next_due_at", write=False) as connection:
+        async with self._transaction(
+            "next_due_at", write=False, single_statement=True
+        ) as connection:
             value: datetime | None = await connection.scalar(query)
         return value
 
@@ -977,6 +1203,41 @@ class SqlStorage(Storage):
 
 
 _job_values = operator.attrgetter(*JOB_COLUMNS)
+
+
+def _finished_values(
+    operation: str, now: datetime, status: JobStatus, error: str | None
+) -> dict[str, Any]:
+    """Return the column values of a job that ends with ``status`` at ``now``."""
+    if status not in (JobStatus.SUCCEEDED, JobStatus.DEAD):
+        raise ValueError(f"{operation} takes succeeded or dead, got {status!r}")
+    values: dict[str, Any] = {
+        "status": status.value,
+        "finished_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if error is not None:
+        values["last_error"] = error
+    return values
+
+
+def _aware(value: datetime, operation: str) -> datetime:
+    """Return ``value`` after checking that it is aware, as UTCDateTime does.
+
+    asyncpg would read a naive datetime as UTC. The error is the one the
+    Core path raises, where SQLAlchemy wraps UTCDateTime's ValueError.
+    """
+    if value.utcoffset() is None:
+        raise StorageError(
+            f"{operation} failed: naive datetime {value.isoformat()} cannot be"
+            " stored: pass an aware datetime in UTC"
+        )
+    return value
+
+
+def _sqlite_time(value: datetime, operation: str) -> str:
+    return hot_path.sqlite_time(_aware(value, operation))
 
 
 def _check_aware(job: Job) -> None:

@@ -423,9 +423,21 @@ class Fantasma:
             timeout=handler.timeout,
         )
         await self._storage.put_recurring(recurring)
-        logger.info(
+        # A schedule declared in code is stored again at every start; only a
+        # real change is lifecycle news for an operator.
+        unchanged_definition = existing is not None and existing == recurring.replace(
+            created_at=existing.created_at, updated_at=existing.updated_at
+        )
+        if existing is None:
+            change = "added"
+        elif unchanged_definition:
+            change = "kept"
+        else:
+            change = "updated"
+        logger.log(
+            logging.DEBUG if unchanged_definition else logging.INFO,
             "%s recurring job %s (%s, %s), next fire time %s",
-            "added" if existing is None else "updated",
+            change,
             recurring.id,
             recurring.cron,
             recurring.timezone,

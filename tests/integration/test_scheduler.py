@@ -9,6 +9,7 @@ real-time tests at the end run the node's own loop on the system clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -489,6 +490,45 @@ async def test_declared_recurring_stored_at_start() -> None:
     assert recurring.next_fire_at == START + seconds(10)
     assert recurring.misfire == MisfirePolicy.once()
     assert recurring.allow_overlap is False
+
+
+@pytest.mark.asyncio
+async def test_unchanged_declaration_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = Simulation(TickHandler)
+    _declare_ticker(first)
+    async with first:
+        pass
+    second = Simulation(TickHandler, storage=first.storage)
+    _declare_ticker(second)
+    caplog.set_level(logging.INFO, logger="fantasma.scheduler")
+
+    async with second:
+        pass
+
+    changes = [r.message for r in caplog.records if "recurring job" in r.message]
+    assert changes == []
+
+
+@pytest.mark.asyncio
+async def test_changed_declaration_logged_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = Simulation(TickHandler)
+    _declare_ticker(first)
+    async with first:
+        pass
+    second = Simulation(TickHandler, storage=first.storage)
+    _declare_ticker(second, "*/20 * * * * *")
+    caplog.set_level(logging.INFO, logger="fantasma.scheduler")
+
+    async with second:
+        pass
+
+    changes = [r.message for r in caplog.records if "recurring job" in r.message]
+    assert len(changes) == 1
+    assert changes[0].startswith("updated recurring job ticker (*/20 * * * * *, UTC)")
 
 
 @pytest.mark.asyncio

@@ -141,14 +141,15 @@ class Worker:
         """Start waiting jobs in free executor slots, and claim more due jobs.
 
         A claim takes up to the free slots plus the jobs to prefetch (see
-        :meth:`__init__`). While every slot is busy, it waits until half the
-        prefetched jobs have started, so that claims go out in batches rather
-        than one per finished job.
+        :meth:`__init__`). While every slot is busy, it waits until three
+        quarters of the prefetched jobs have started, so that claims go out
+        in batches rather than one per finished job.
 
         Returns the number of jobs claimed. Afterwards :attr:`may_have_due`
         is true when due jobs may be left that this call did not claim.
         """
-        await self._start_waiting()
+        if self._waiting:
+            await self._start_waiting()
         self.may_have_due = True
         slots = self._executor.free_slots()
         prefetch = self._prefetch

@@ -218,6 +218,9 @@ class SqlStorage(Storage):
                 ``migrate=False``, or a newer fantasma migrated them.
         """
         check_sqlite_directory(self._engine.url, self._target)
+        # A lock belongs to the event loop it first waited on, and a storage
+        # may be started again under another loop.
+        self._sqlite_writes = asyncio.Lock()
         if self._migrate:
             await migrate_engine(
                 self._engine,

@@ -46,7 +46,7 @@ T = TypeVar("T")
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobContext:
-    """What a handler knows about the run it is executing.
+    """Details of the run a handler is executing.
 
     Attributes:
         job_id: Id of the job.

@@ -36,7 +36,7 @@ def new_job_id() -> JobId:
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its life.
+    """Stage of a job's life.
 
     ``scheduled`` -> ``running`` -> ``succeeded``; a failed attempt goes to
     ``failed`` (waiting for its retry, claimable again once due) and, after the
@@ -119,7 +119,7 @@ _JOB_FIELD_SET = frozenset(_JOB_FIELDS)
 @final
 @dataclass(frozen=True, slots=True)
 class MisfirePolicy:
-    """What to do with recurring occurrences that fell due while nothing ran them.
+    """Policy for recurring occurrences that fell due while nothing ran them.
 
     An occurrence is missed when it could not be enqueued within the grace
     period after its fire time: the process was down, a failover was under
@@ -236,7 +236,7 @@ class NodeInfo:
 
 
 class RunOutcome(enum.StrEnum):
-    """How one execution of a job ended."""
+    """Result of one execution of a job."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"

@@ -1,4 +1,4 @@
-"""The Fantasma facade: the object an application holds to schedule and run jobs."""
+"""The Fantasma facade: the object an application uses to schedule and run jobs."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ class SystemClock:
     A wait for ``deadline`` sleeps for the wall-clock distance measured when
     the wait starts, on the event loop's monotonic timer. A wall-clock jump
     during the wait therefore neither cuts it short nor stretches it, and the
-    caller's next :meth:`now` sees the jump.
+    caller's next :meth:`now` returns the jumped time.
     """
 
     def now(self) -> datetime:

@@ -30,7 +30,7 @@ class Executor(Protocol):
         ...
 
     async def submit(self, execution: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start ``execution``; it must not raise, as nobody awaits its result."""
+        """Start ``execution``, which must not raise: no caller awaits its result."""
         ...
 
     async def run_sync(self, function: Callable[[], T]) -> T:

@@ -89,7 +89,7 @@ class Fantasma:
         node_id: This node's id in the cluster; unique per process by
             default.
         concurrency: Jobs run at once by the default executor.
-        poll_interval: Longest idle sleep, bounding how late this node sees
+        poll_interval: Longest idle sleep, bounding how late this node notices
             jobs added by other processes. Local ``schedule`` calls wake the
             workers at once. Defaults to 1 s for memory storage and 5 s for
             SQL storage.
@@ -614,7 +614,7 @@ class Fantasma:
                 self._duties_requested = False
                 due = await self._coordinator.tick()
                 # A run that ended during the tick may have unblocked a
-                # schedule that the tick read before, so that request stands.
+                # schedule that the tick read before, so that request is kept.
                 self._duties_due = None if self._duties_requested else due
             claimed = await self._worker.dispatch_due()
             if not claimed or self._executor.free_slots() <= 0:

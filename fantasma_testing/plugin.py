@@ -278,7 +278,7 @@ def fantasma_seed(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture
 def fantasma_freeze_time(request: pytest.FixtureRequest) -> bool:
-    """Whether the freezegun bridge is on: off unless the marker, ini or option says so.
+    """Whether the freezegun bridge is on: off unless marker, ini or option turns it on.
 
     When on, ``datetime.now()``, ``datetime.utcnow()``, ``time.time()`` and
     friends return the fake time while ``advance_time`` or ``drain`` runs

@@ -56,7 +56,7 @@ def run_predicate(selector: RunSelector) -> Callable[[Run], bool]:
     class matches runs of the data type it is registered for.
 
     Raises:
-        TypeError: ``selector`` is none of the accepted kinds.
+        TypeError: ``selector`` is not a string, a JobHandler subclass or None.
     """
     if selector is None:
         return lambda run: True
